@@ -1,0 +1,41 @@
+# okta-token-operator — the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+CARGO ?= cargo
+# Kubernetes version of the test control plane; keep its minor equal to the k8s-openapi feature in Cargo.toml.
+K8S_VERSION ?= v1.37.2
+CACHE_DIR ?= $(HOME)/.cache/okta-token-operator
+K8S_BIN_DIR ?= $(CACHE_DIR)/k8s-$(K8S_VERSION)/bin
+export OKTA_TEST_K8S_BIN_DIR := $(K8S_BIN_DIR)
+
+.PHONY: build test lint fmt crd deps python-deps node-deps controlplane-bins controlplane demo bench clean
+
+build:
+	$(CARGO) build --release --bin okta-token-operator
+
+## deps: everything the tests need, installed only when missing.
+deps: python-deps node-deps controlplane-bins
+
+python-deps:
+	@command -v moto_server >/dev/null 2>&1 && python3 -c 'import moto, flask, flask_cors' 2>/dev/null \
+	  || python3 -m pip install --quiet 'moto[server]==5.2.1'
+
+node-deps:
+	@[ -d tests/oauth-server/node_modules ] || npm ci --prefix tests/oauth-server --no-audit --no-fund
+
+controlplane-bins:
+	@tests/controlplane/build.sh "$(K8S_VERSION)" "$(K8S_BIN_DIR)"
+
+test: deps
+	$(CARGO) test --workspace --all-targets --locked -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,6 @@
+//! Real servers on loopback for the tests and the demo.
+//!
+//! Nothing here is a mock: each module starts the genuine program and waits
+//! until it answers. Every process is stopped when its guard is dropped.
+
+pub mod process;
