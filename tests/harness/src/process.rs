@@ -29,10 +29,11 @@ impl Supervised {
             .stdout(log.try_clone()?)
             .stderr(log);
         set_parent_death_signal(&mut command);
-        let child = command.spawn().map_err(|error| {
+        let program = command.get_program().to_owned();
+        let child = spawn_from_keeper_thread(command).map_err(|error| {
             std::io::Error::new(
                 error.kind(),
-                format!("cannot start {name} ({:?}): {error}", command.get_program()),
+                format!("cannot start {name} ({program:?}): {error}"),
             )
         })?;
         Ok(Self {
@@ -93,6 +94,42 @@ impl Drop for Supervised {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Spawns `command` from one thread that lives as long as the process.
+///
+/// The parent-death signal fires when the *thread* that forked the child
+/// exits, not the process: a server started from a test's thread (say, a
+/// shared one behind a `OnceLock`) would be killed when that test ends.
+fn spawn_from_keeper_thread(command: Command) -> std::io::Result<Child> {
+    type Request = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static KEEPER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Request>>> =
+        std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("process-keeper".into())
+            .spawn(move || {
+                for (mut command, reply) in receiver {
+                    let _ = reply.send(command.spawn());
+                }
+                // Never return: children die with this thread.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("cannot start the process keeper thread");
+        std::sync::Mutex::new(sender)
+    });
+    let (reply, answer) = std::sync::mpsc::channel();
+    keeper
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply))
+        .map_err(|_| std::io::Error::other("process keeper thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("process keeper thread is gone"))?
 }
 
 fn set_parent_death_signal(command: &mut Command) {
