@@ -9,9 +9,21 @@
 //
 //   node server.mjs --port N [--state FILE]
 //
-// Listens on 127.0.0.1 only and prints `listening http://127.0.0.1:PORT` once
-// ready. With --state, clients, issued tokens, spent jtis and counters survive
-// a restart.
+// Listens on 127.0.0.1 only (N=0: any free port) and prints
+// `listening http://127.0.0.1:PORT` once ready. With --state, clients, issued
+// tokens, spent jtis and counters survive a restart on the same port.
+//
+// OAuth (issuer http://127.0.0.1:PORT/oauth2/default):
+//   POST /oauth2/default/v1/token        client_credentials + private_key_jwt
+//   POST /oauth2/default/v1/introspect   Basic introspector:introspector-secret
+//   GET  /oauth2/default/v1/keys, /oauth2/default/.well-known/openid-configuration
+// Admin (tests only, no auth):
+//   POST   /admin/clients  {"client_id","jwks":{"keys":[…]},"scopes":[…],"token_ttl_seconds":N}
+//                          registers or replaces a client, effective at once
+//   GET    /admin/stats?client_id=X  -> {"token_requests":n,"tokens_issued":n}
+//   POST   /admin/faults   {"count":n,"status":429,"headers":{…},"body":{…}|"text"}
+//                          the next n token requests get that answer instead
+//   DELETE /admin/faults
 
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -22,7 +34,6 @@ import { decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair } from 'jo
 import Provider, { errors } from 'oidc-provider';
 
 const MOUNT = '/oauth2/default';
-const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 // Okta lists exactly these for client assertions; no PS*, no HS* for private_key_jwt.
 const ASSERTION_ALGS = ['RS256', 'RS384', 'RS512', 'ES256', 'ES384', 'ES512'];
 const MAX_ASSERTION_LIFETIME = 3600; // Okta: exp at most one hour ahead
