@@ -387,7 +387,14 @@ function validateRegistration(body) {
   if (typeof clientId !== 'string' || !clientId || clientId === INTROSPECTOR.id) {
     return 'client_id must be a non-empty string (and not the introspector)';
   }
-  if (!Array.isArray(jwks?.keys) || jwks.keys.length === 0) return 'jwks.keys must be a non-empty array';
+  // Okta: up to 50 keys per app, each with its own kid (assertions must name one).
+  if (!Array.isArray(jwks?.keys) || jwks.keys.length === 0 || jwks.keys.length > 50) {
+    return 'jwks.keys must hold 1 to 50 keys';
+  }
+  const kids = jwks.keys.map((key) => key?.kid);
+  if (kids.some((kid) => typeof kid !== 'string' || !kid) || new Set(kids).size !== kids.length) {
+    return 'every key needs a kid, unique within the client';
+  }
   if (!Array.isArray(scopes) || scopes.some((scope) => typeof scope !== 'string' || !/^[\x21\x23-\x5B\x5D-\x7E]+$/.test(scope))) {
     return 'scopes must be an array of scope tokens';
   }

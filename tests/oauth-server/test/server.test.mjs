@@ -222,6 +222,16 @@ describe('oauth server', () => {
     assertInvalidClient(await requestToken(server, assertion({ ...rsa, kid: ec.kid }, 'app-rsa', server.tokenUrl)), OKTA_KID);
   });
 
+  test('with several keys the kid picks the one that verifies', async () => {
+    const [old, current] = [makeKey('RS256'), makeKey('ES384')];
+    await register(server, 'app-two-keys', [old, current]);
+    for (const key of [old, current]) {
+      assert.equal((await requestToken(server, assertion(key, 'app-two-keys', server.tokenUrl))).status, 200);
+    }
+    assertInvalidClient(await requestToken(server, assertion({ ...current, kid: undefined }, 'app-two-keys', server.tokenUrl)), OKTA_KID);
+    assertInvalidClient(await requestToken(server, assertion({ ...current, kid: old.kid }, 'app-two-keys', server.tokenUrl)));
+  });
+
   test('the signature must verify', async () => {
     const impostor = { ...makeKey('RS256'), kid: rsa.kid };
     assertInvalidClient(await requestToken(server, assertion(impostor, 'app-rsa', server.tokenUrl)), 'The client_assertion signature is invalid.');
@@ -316,6 +326,9 @@ describe('oauth server', () => {
     assert.equal((await admin(server, 'POST', '/admin/clients', { client_id: 'x', jwks: { keys: [privateJwk] } })).status, 400);
     assert.equal((await admin(server, 'POST', '/admin/clients', { client_id: 'x', jwks: { keys: [rsa.jwk] }, token_ttl_seconds: 0 })).status, 400);
     assert.equal((await admin(server, 'POST', '/admin/clients', { client_id: 'x', jwks: { keys: [rsa.jwk] }, scopes: ['a b'] })).status, 400);
+    const { kid: _kid, ...withoutKid } = rsa.jwk;
+    assert.equal((await admin(server, 'POST', '/admin/clients', { client_id: 'x', jwks: { keys: [withoutKid] } })).status, 400);
+    assert.equal((await admin(server, 'POST', '/admin/clients', { client_id: 'x', jwks: { keys: [rsa.jwk, { ...ec.jwk, kid: rsa.kid }] } })).status, 400);
   });
 
   test('introspection of garbage is inactive, and needs the introspector secret', async () => {
