@@ -27,6 +27,11 @@ node-deps:
 controlplane-bins:
 	@tests/controlplane/build.sh "$(K8S_VERSION)" "$(K8S_BIN_DIR)"
 
+## controlplane: etcd + kube-apiserver + kube-controller-manager in the foreground until Ctrl-C
+## (CONTROLPLANE_ARGS="--kubeconfig PATH" also writes the kubeconfig to PATH).
+controlplane: controlplane-bins
+	$(CARGO) run --quiet -p testbed --bin controlplane -- $(CONTROLPLANE_ARGS)
+
 test: deps
 	$(CARGO) test --workspace --all-targets --locked -- --test-threads=4
 

@@ -3,5 +3,6 @@
 //! Nothing here is a mock: each module starts the genuine program and waits
 //! until it answers. Every process is stopped when its guard is dropped.
 
+pub mod controlplane;
 pub mod oauth_server;
 pub mod process;
