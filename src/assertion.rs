@@ -366,7 +366,10 @@ mod tests {
             URL_SAFE_NO_PAD.decode(parts[2]).expect("base64url"),
             vec![7u8; 256]
         );
-        assert!(parts[0].starts_with("eyJ"), "header is JSON, not base64 of a JWT");
+        assert!(
+            parts[0].starts_with("eyJ"),
+            "header is JSON, not base64 of a JWT"
+        );
         assert_eq!(
             format!("{assertion:?}"),
             "ClientAssertion(<redacted>)",

@@ -16,19 +16,28 @@ use crate::telemetry::{self, LogFormat};
 #[command(
     name = "okta-token-operator",
     version,
-    about = "Keeps Okta client_credentials tokens fresh in Kubernetes Secrets, signing private_key_jwt assertions with AWS KMS"
+    about = "Keeps Okta client_credentials tokens fresh in Kubernetes Secrets, signing private_key_jwt assertions with AWS KMS",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// The command; without one, `run`.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator (the default).
+    Run(RunArgs),
+    /// Print the OktaServiceToken CustomResourceDefinition as YAML.
+    Crd,
     /// Print the KMS key's public key as a JWK Set, ready to add to the Okta app.
     Jwk(JwkArgs),
     /// Exchange one client assertion for an access token, to check a setup.
@@ -53,6 +62,22 @@ impl KeyArgs {
     fn key(&self) -> KeyRef {
         KeyRef::new(self.kms_key_id.clone(), self.region.clone())
     }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Watch only this namespace; all namespaces when unset.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How many resources are reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Address of the /healthz and /readyz endpoints.
+    #[arg(long, env = "PROBE_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub probe_address: std::net::SocketAddr,
+    /// This replica's name in Events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +117,17 @@ pub enum CliError {
     Token(#[from] TokenError),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("cannot render the CRD: {0}")]
+    Crd(#[from] serde_yaml::Error),
+    #[error("cannot connect to Kubernetes: {0}")]
+    KubeConfig(#[source] kube::Error),
+    #[error("cannot serve probes on {address}: {source}")]
+    Probe {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Controller(#[from] crate::controller::Error),
 }
 
 impl Cli {
@@ -99,12 +135,91 @@ impl Cli {
         let Cli {
             log_format,
             command,
+            run: default_run,
         } = self;
-        telemetry::init(log_format, "warn");
-        match command {
-            Command::Jwk(args) => jwk(args).await,
-            Command::Mint(args) => mint(args).await,
+        match command.unwrap_or(Command::Run(default_run)) {
+            Command::Run(args) => {
+                telemetry::init(log_format, "info");
+                run(args).await
+            }
+            Command::Crd => {
+                std::io::stdout().write_all(crate::crd::crd_yaml()?.as_bytes())?;
+                Ok(())
+            }
+            Command::Jwk(args) => {
+                telemetry::init(log_format, "warn");
+                jwk(args).await
+            }
+            Command::Mint(args) => {
+                telemetry::init(log_format, "warn");
+                mint(args).await
+            }
         }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), CliError> {
+    let RunArgs {
+        namespace,
+        concurrency,
+        probe_address,
+        pod_name,
+    } = args;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(CliError::KubeConfig)?;
+    let minter = Minter::new(
+        Arc::new(KmsSigner::from_environment().await),
+        TokenClient::new(&TokenClientConfig::default())?,
+    );
+    let reporter = kube::runtime::events::Reporter {
+        controller: crate::crd::OPERATOR_NAME.to_owned(),
+        instance: pod_name,
+    };
+    let ctx = Arc::new(crate::controller::Context::new(client, minter, reporter));
+    let listener = crate::http::bind(probe_address)
+        .await
+        .map_err(|source| CliError::Probe {
+            address: probe_address,
+            source,
+        })?;
+    let readiness = crate::http::Readiness::default();
+    let probes = tokio::spawn(crate::http::serve(listener, readiness.clone()));
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("all"),
+        %probe_address,
+        "starting the controller"
+    );
+    let config = crate::controller::ControllerConfig {
+        namespace,
+        concurrency,
+    };
+    let result = crate::controller::run(ctx, config, readiness, shutdown_signal()).await;
+    probes.abort();
+    tracing::info!("stopped");
+    Ok(result?)
+}
+
+/// Resolves on SIGTERM (the kubelet) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }
 

@@ -44,8 +44,10 @@ impl KeyKind {
     pub fn supports(self, algorithm: Algorithm) -> bool {
         matches!(
             (self, algorithm),
-            (KeyKind::Rsa, Algorithm::Rs256 | Algorithm::Rs384 | Algorithm::Rs512)
-                | (KeyKind::P256, Algorithm::Es256)
+            (
+                KeyKind::Rsa,
+                Algorithm::Rs256 | Algorithm::Rs384 | Algorithm::Rs512
+            ) | (KeyKind::P256, Algorithm::Es256)
                 | (KeyKind::P384, Algorithm::Es384)
                 | (KeyKind::P521, Algorithm::Es512)
         )
@@ -85,7 +87,9 @@ pub fn key_kind(spki_der: &[u8]) -> Result<KeyKind, PublicKeyError> {
                 SECP256R1 => Ok(KeyKind::P256),
                 SECP384R1 => Ok(KeyKind::P384),
                 SECP521R1 => Ok(KeyKind::P521),
-                other => Err(PublicKeyError::UnsupportedKeyType(format!("EC curve {other}"))),
+                other => Err(PublicKeyError::UnsupportedKeyType(format!(
+                    "EC curve {other}"
+                ))),
             }
         }
         other => Err(PublicKeyError::UnsupportedKeyType(other.to_owned())),
@@ -232,7 +236,10 @@ mod tests {
             use_: "sig",
             kid: "2011-04-29".into(),
         };
-        assert_eq!(thumbprint(&jwk), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(
+            thumbprint(&jwk),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
     }
 
     #[test]
@@ -278,11 +285,18 @@ mod tests {
         let secret = p384::SecretKey::generate();
         let der = {
             use p384::pkcs8::EncodePublicKey as _;
-            secret.public_key().to_public_key_der().expect("encodes").into_vec()
+            secret
+                .public_key()
+                .to_public_key_der()
+                .expect("encodes")
+                .into_vec()
         };
         let jwk = jwk_from_spki(&der, Algorithm::Es384).expect("p-384 key");
         assert_eq!(
-            URL_SAFE_NO_PAD.decode(jwk.x.as_deref().expect("x")).expect("b64").len(),
+            URL_SAFE_NO_PAD
+                .decode(jwk.x.as_deref().expect("x"))
+                .expect("b64")
+                .len(),
             48
         );
         assert!(jwk_from_spki(&der, Algorithm::Es256).is_err());

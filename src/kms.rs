@@ -117,7 +117,9 @@ impl KmsError {
                 let message = context.err().message().unwrap_or_default().to_owned();
                 classify(code, message)
             }
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => {
                 let text = DisplayErrorContext(&error).to_string();
                 if text.to_ascii_lowercase().contains("credentials") {
                     KmsError::Credentials(text)
@@ -196,10 +198,12 @@ pub fn choose_algorithm(
             "ECC_NIST_P384" => Algorithm::Es384,
             "ECC_NIST_P521" => Algorithm::Es512,
             spec if spec.starts_with("RSA_") => Algorithm::Rs256,
-            _ => *supported.first().ok_or_else(|| KmsError::AlgorithmNotSupported {
-                algorithm: Algorithm::Rs256,
-                supported: describe_supported(&info.signing_algorithms),
-            })?,
+            _ => *supported
+                .first()
+                .ok_or_else(|| KmsError::AlgorithmNotSupported {
+                    algorithm: Algorithm::Rs256,
+                    supported: describe_supported(&info.signing_algorithms),
+                })?,
         },
     };
     if supported.contains(&algorithm) {
@@ -366,7 +370,9 @@ impl KmsSigner {
             .key_id(&key.key_id)
             .message(Blob::new(message))
             .message_type(MessageType::Raw)
-            .signing_algorithm(SigningAlgorithmSpec::from(algorithm.kms_signing_algorithm()))
+            .signing_algorithm(SigningAlgorithmSpec::from(
+                algorithm.kms_signing_algorithm(),
+            ))
             .send()
             .await
             .map_err(KmsError::from_sdk)?;
@@ -452,7 +458,10 @@ mod tests {
             "KMSInternalException",
             "KeyUnavailableException",
         ] {
-            assert!(classify(code.into(), String::new()).is_retryable(), "{code}");
+            assert!(
+                classify(code.into(), String::new()).is_retryable(),
+                "{code}"
+            );
         }
         for code in [
             "DisabledException",
@@ -461,7 +470,10 @@ mod tests {
             "InvalidKeyUsageException",
             "AccessDeniedException",
         ] {
-            assert!(!classify(code.into(), String::new()).is_retryable(), "{code}");
+            assert!(
+                !classify(code.into(), String::new()).is_retryable(),
+                "{code}"
+            );
         }
         assert!(matches!(
             classify("KMSInvalidStateException".into(), "pending deletion".into()),

@@ -4,8 +4,13 @@
 
 pub mod assertion;
 pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod http;
 pub mod jwk;
 pub mod kms;
 pub mod mint;
 pub mod okta;
+pub mod schedule;
+pub mod secret;
 pub mod telemetry;

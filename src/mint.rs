@@ -81,7 +81,11 @@ impl Minter {
         let unsigned = self.unsigned_assertion(spec, signing_key)?;
         let signature = self
             .kms
-            .sign(&signing_key.key, signing_key.algorithm, unsigned.signing_input())
+            .sign(
+                &signing_key.key,
+                signing_key.algorithm,
+                unsigned.signing_input(),
+            )
             .await?;
         Ok(unsigned.finish(&signature)?)
     }
@@ -128,7 +132,9 @@ impl Minter {
                     });
                 }
                 Err(error) if !retried && error.oauth_error() == Some("invalid_client") => {
-                    tracing::debug!("token endpoint answered invalid_client; retrying once with a fresh assertion");
+                    tracing::debug!(
+                        "token endpoint answered invalid_client; retrying once with a fresh assertion"
+                    );
                     self.kms.forget_public_key(&spec.key);
                     retried = true;
                 }

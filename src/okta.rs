@@ -112,7 +112,9 @@ impl TokenError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TokenError::RateLimited { .. } | TokenError::Unavailable { .. } | TokenError::Transport(_)
+            TokenError::RateLimited { .. }
+                | TokenError::Unavailable { .. }
+                | TokenError::Transport(_)
         )
     }
 
@@ -382,8 +384,18 @@ mod tests {
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
-    fn parse(status: u16, content_type: Option<&str>, body: &str) -> Result<IssuedToken, TokenError> {
-        parse_token_response(status, content_type, &RateLimitHeaders::default(), body.as_bytes(), now())
+    fn parse(
+        status: u16,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> Result<IssuedToken, TokenError> {
+        parse_token_response(
+            status,
+            content_type,
+            &RateLimitHeaders::default(),
+            body.as_bytes(),
+            now(),
+        )
     }
 
     #[test]
@@ -408,17 +420,29 @@ mod tests {
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("sha256:"));
         assert_eq!(token.fingerprint().len(), "sha256:".len() + 16);
-        assert_ne!(token.fingerprint(), AccessToken::new("other".into()).fingerprint());
+        assert_ne!(
+            token.fingerprint(),
+            AccessToken::new("other".into()).fingerprint()
+        );
     }
 
     #[test]
     fn hostile_success_bodies_are_typed_errors() {
         for (content_type, body) in [
-            (JSON, r#"{"token_type":"Bearer","expires_in":0,"access_token":"t"}"#),
-            (JSON, r#"{"token_type":"Bearer","expires_in":-5,"access_token":"t"}"#),
+            (
+                JSON,
+                r#"{"token_type":"Bearer","expires_in":0,"access_token":"t"}"#,
+            ),
+            (
+                JSON,
+                r#"{"token_type":"Bearer","expires_in":-5,"access_token":"t"}"#,
+            ),
             (JSON, r#"{"token_type":"Bearer","access_token":"t"}"#),
             (JSON, r#"{"token_type":"Bearer","expires_in":3600}"#),
-            (JSON, r#"{"token_type":"Bearer","expires_in":3600,"access_token":""}"#),
+            (
+                JSON,
+                r#"{"token_type":"Bearer","expires_in":3600,"access_token":""}"#,
+            ),
             (JSON, r#"{"expires_in":3600,"access_token":"t"}"#),
             (JSON, "[1,2,3]"),
             (JSON, "{not json"),
@@ -435,8 +459,12 @@ mod tests {
 
     #[test]
     fn expires_in_as_string_is_accepted() {
-        let token = parse(200, JSON, r#"{"token_type":"Bearer","expires_in":"300","access_token":"t"}"#)
-            .expect("string expires_in");
+        let token = parse(
+            200,
+            JSON,
+            r#"{"token_type":"Bearer","expires_in":"300","access_token":"t"}"#,
+        )
+        .expect("string expires_in");
         assert_eq!(token.expires_in, Duration::from_secs(300));
     }
 
@@ -459,7 +487,9 @@ mod tests {
     #[test]
     fn dpop_errors_explain_what_to_change() {
         for code in ["invalid_dpop_proof", "use_dpop_nonce"] {
-            let body = format!(r#"{{"error":"{code}","error_description":"The DPoP proof JWT header is missing."}}"#);
+            let body = format!(
+                r#"{{"error":"{code}","error_description":"The DPoP proof JWT header is missing."}}"#
+            );
             let error = parse(400, JSON, &body).expect_err("an error");
             assert!(matches!(error, TokenError::DpopRequired { .. }));
             assert!(error.to_string().contains("requires DPoP"), "{error}");
@@ -500,7 +530,10 @@ mod tests {
             reset: None,
             retry_after: Some("30"),
         };
-        assert_eq!(parse_retry_at(&seconds, now()), Some(now() + Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_at(&seconds, now()),
+            Some(now() + Duration::from_secs(30))
+        );
         let date = RateLimitHeaders {
             reset: None,
             retry_after: Some("Sun, 06 Nov 1994 08:49:37 GMT"),
