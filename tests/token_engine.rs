@@ -31,7 +31,10 @@ fn servers() -> &'static Servers {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &okta_token_operator::assertion::fresh_jti()[..10])
+    format!(
+        "{prefix}-{}",
+        &okta_token_operator::assertion::fresh_jti()[..10]
+    )
 }
 
 /// Runs the operator binary with the emulator's AWS environment.
@@ -104,7 +107,10 @@ async fn mint_end_to_end(key_spec: &str, expected_alg: &str, kty: &str) {
         .parse()
         .expect("expires_at is RFC 3339");
     let lifetime = expires_at.duration_since(jiff::Timestamp::now()).as_secs();
-    assert!((890..=900).contains(&lifetime), "expires_at is 900 s ahead: {lifetime}");
+    assert!(
+        (890..=900).contains(&lifetime),
+        "expires_at is 900 s ahead: {lifetime}"
+    );
     assert!(
         summary.get("access_token").is_none(),
         "no token without --show-token: {summary}"
@@ -118,7 +124,10 @@ async fn mint_end_to_end(key_spec: &str, expected_alg: &str, kty: &str) {
         shown["fingerprint"],
         okta_token_operator::okta::fingerprint(access_token.as_bytes())
     );
-    let introspection = servers().oauth.introspect(access_token).expect("introspect");
+    let introspection = servers()
+        .oauth
+        .introspect(access_token)
+        .expect("introspect");
     assert_eq!(introspection["active"], true, "{introspection}");
     assert_eq!(introspection["client_id"], client_id.as_str());
 
@@ -291,10 +300,8 @@ async fn server_rejects_a_der_encoded_ecdsa_signature() {
         .expect("KMS signs");
     assert!(der.len() > 64 && der[0] == 0x30, "KMS returns DER");
     let signing_input = String::from_utf8(unsigned.signing_input().to_vec()).expect("ascii");
-    let der_jws = ClientAssertion::from_compact(format!(
-        "{signing_input}.{}",
-        URL_SAFE_NO_PAD.encode(&der)
-    ));
+    let der_jws =
+        ClientAssertion::from_compact(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(&der)));
     assert_invalid_client(engine.post(&der_jws).await, "DER signature");
 
     // The same signature converted to r‖s is accepted: only the encoding was wrong.
@@ -308,7 +315,10 @@ async fn server_rejects_a_base64_wrapped_jwt() {
     let assertion = engine.assertion_for(&engine.spec).await;
     let wrapped = ClientAssertion::from_compact(STANDARD.encode(assertion.expose()));
     assert_invalid_client(engine.post(&wrapped).await, "base64-wrapped JWT");
-    assert!(engine.post(&assertion).await.is_ok(), "the JWT as it is works");
+    assert!(
+        engine.post(&assertion).await.is_ok(),
+        "the JWT as it is works"
+    );
 }
 
 #[tokio::test]
@@ -320,7 +330,10 @@ async fn every_mint_sends_a_fresh_jti() {
         first.token.access_token.fingerprint(),
         second.token.access_token.fingerprint()
     );
-    let stats = servers().oauth.stats(&engine.spec.client_id).expect("stats");
+    let stats = servers()
+        .oauth
+        .stats(&engine.spec.client_id)
+        .expect("stats");
     assert_eq!(stats.token_requests, 2, "no replay rejections, no retries");
     assert_eq!(stats.tokens_issued, 2);
 }

@@ -4,5 +4,6 @@
 //! until it answers. Every process is stopped when its guard is dropped.
 
 pub mod controlplane;
-pub mod oauth_server;
 pub mod process;
+pub mod moto;
+pub mod oauth_server;
