@@ -32,6 +32,13 @@ controlplane-bins:
 controlplane: controlplane-bins
 	$(CARGO) run --quiet -p testbed --bin controlplane -- $(CONTROLPLANE_ARGS)
 
+## demo: the operator end to end on a local control plane, the KMS emulator and the
+## OAuth server, with only deploy/'s RBAC; stops everything it started.
+demo: deps
+	$(CARGO) build --locked --bin okta-token-operator
+	$(CARGO) run --locked --quiet -p testbed --bin demo -- \
+	  --operator "$${CARGO_TARGET_DIR:-target}/debug/okta-token-operator"
+
 test: deps
 	$(CARGO) test --workspace --all-targets --locked -- --test-threads=4
 
