@@ -388,7 +388,7 @@ async fn jwk(
     let jwks: Value = serde_json::from_slice(&output.stdout).map_err(|error| {
         format!("okta-token-operator jwk printed something other than JSON: {error}")
     })?;
-    if !jwks["keys"].as_array().is_some_and(|keys| !keys.is_empty()) {
+    if jwks["keys"].as_array().is_none_or(|keys| keys.is_empty()) {
         return Err(format!("okta-token-operator jwk printed no keys: {jwks}"));
     }
     Ok(jwks)
