@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch,
+    PatchParams, PostParams,
+};
 use serde_json::json;
-use testbed::controlplane::{ControlPlane, KUBERNETES_VERSION, service_account_user};
+use testbed::controlplane::{ControlPlane, KUBERNETES_VERSION, service_account_user, unique_name};
 
 /// The Kubernetes minor k8s-openapi is compiled for (its `v1_*` feature).
 fn compiled_openapi_minor() -> &'static str {
@@ -435,4 +438,79 @@ async fn kubectl_works_with_the_written_kubeconfig() {
         "stderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+const WIDGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.smoke.okta-token-operator.dev
+spec:
+  group: smoke.okta-token-operator.dev
+  names: { kind: Widget, plural: widgets, singular: widget }
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: { type: integer, minimum: 1 }
+"#;
+
+#[tokio::test]
+async fn a_custom_resource_definition_schema_is_enforced() {
+    let control_plane = ControlPlane::shared();
+    let file = control_plane
+        .dir()
+        .join(format!("{}.yaml", unique_name("widget-crd")));
+    std::fs::write(&file, WIDGET_CRD).expect("write the CRD manifest");
+    let installed = control_plane
+        .install_crds(&[file])
+        .await
+        .expect("install the CRD");
+    assert_eq!(installed, ["widgets.smoke.okta-token-operator.dev"]);
+
+    let namespace = control_plane.create_namespace("smoke-crd").await;
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("smoke.okta-token-operator.dev", "v1", "Widget"),
+        "widgets",
+    );
+    let widgets: Api<DynamicObject> =
+        Api::namespaced_with(control_plane.client(), &namespace, &resource);
+
+    let created = widgets
+        .create(
+            &PostParams::default(),
+            &DynamicObject::new("good", &resource)
+                .data(json!({ "spec": { "size": 3, "colour": "green" } })),
+        )
+        .await
+        .expect("a valid Widget is accepted");
+    assert_eq!(
+        created.data["spec"],
+        json!({ "size": 3 }),
+        "fields outside the schema are pruned"
+    );
+
+    for (name, spec) in [
+        ("wrong-type", json!({ "size": "three" })),
+        ("too-small", json!({ "size": 0 })),
+        ("missing", json!({})),
+    ] {
+        let refused = widgets
+            .create(
+                &PostParams::default(),
+                &DynamicObject::new(name, &resource).data(json!({ "spec": spec })),
+            )
+            .await
+            .expect_err("an invalid Widget is refused");
+        assert_eq!(status_code(&refused), Some(422), "{name}: {refused}");
+    }
 }

@@ -60,11 +60,11 @@ for binary in "${missing[@]}"; do
   case $binary in
     etcd)
       package=go.etcd.io/etcd/server/v3
-      flags=(-trimpath -ldflags "-s -w")
+      flags=(-trimpath -buildvcs=false -ldflags "-s -w")
       ;;
     *)
       package=k8s.io/kubernetes/cmd/$binary
-      flags=(-trimpath -tags selinux,notest,grpcnotrace -ldflags "all=$stamp -s -w")
+      flags=(-trimpath -buildvcs=false -tags selinux,notest,grpcnotrace -ldflags "all=$stamp -s -w")
       ;;
   esac
   (cd "$module" && go build "${flags[@]}" -o "$bin_dir/.$binary.partial" "$package")

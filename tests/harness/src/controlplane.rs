@@ -34,11 +34,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use serde::Deserialize as _;
 
 use crate::process::{Supervised, free_port, log_tail, port_open};
 
@@ -57,6 +59,28 @@ const DIR_PREFIX: &str = "okta-token-operator-cp-";
 const START_ATTEMPTS: usize = 3;
 const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
 const APISERVER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to set up while the control plane starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// CustomResourceDefinition manifests (YAML or JSON, several documents
+    /// per file allowed), applied and waited for until Established *before*
+    /// kube-controller-manager starts: its garbage collector then knows
+    /// their types at once, instead of on its next 30-second rediscovery.
+    pub crd_files: Vec<PathBuf>,
+}
+
+impl Options {
+    /// Options that install the CRDs in `files`.
+    pub fn with_crds<P: AsRef<Path>>(files: impl IntoIterator<Item = P>) -> Self {
+        Self {
+            crd_files: files
+                .into_iter()
+                .map(|file| file.as_ref().to_owned())
+                .collect(),
+        }
+    }
+}
 
 /// A running etcd + kube-apiserver + kube-controller-manager.
 pub struct ControlPlane {
@@ -85,11 +109,17 @@ impl ControlPlane {
     /// Fails with a message naming `make controlplane-bins` when the binaries
     /// are missing, or quoting the log of the server that did not come up.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(&Options::default())
+    }
+
+    /// Like [`ControlPlane::start`], with CRDs installed before
+    /// kube-controller-manager starts.
+    pub fn start_with(options: &Options) -> Result<Self, String> {
         let bin_dir = bin_dir()?;
         sweep_stale_dirs();
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once(&bin_dir) {
+            match Self::start_once(&bin_dir, options) {
                 Ok(control_plane) => return Ok(control_plane),
                 // Free ports are picked before the servers bind them; another
                 // process can take one in between. Only that is worth a retry.
@@ -106,21 +136,44 @@ impl ControlPlane {
     /// start. Its processes die with the test binary: they have a parent-death
     /// signal, and an exit hook kills them and removes their directory.
     pub fn shared() -> &'static ControlPlane {
+        Self::shared_with(&Options::default())
+    }
+
+    /// The control plane of this test binary, started with `options` by the
+    /// first caller. A later caller's CRDs are applied too (idempotently,
+    /// waiting until Established); the garbage collector then learns their
+    /// types within 30 seconds. Blocks the calling thread: fine in a test,
+    /// even inside `#[tokio::test]`.
+    pub fn shared_with(options: &Options) -> &'static ControlPlane {
         static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+        let mut started_here = false;
         let started = SHARED.get_or_init(|| {
-            let started = ControlPlane::start();
+            started_here = true;
+            let started = ControlPlane::start_with(options);
             if let Ok(control_plane) = &started {
                 register_exit_cleanup(control_plane);
             }
             started
         });
-        match started {
+        let control_plane = match started {
             Ok(control_plane) => control_plane,
             Err(error) => panic!("the shared control plane did not start: {error}"),
+        };
+        if !started_here && !options.crd_files.is_empty() {
+            let config = control_plane.config();
+            // On a thread of its own: the caller may be inside a runtime.
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| apply_crds_blocking(config, &options.crd_files))
+                    .join()
+                    .unwrap_or_else(|_| Err("installing CRDs panicked".into()))
+            })
+            .unwrap_or_else(|error| panic!("cannot install CRDs: {error}"));
         }
+        control_plane
     }
 
-    fn start_once(bin_dir: &Path) -> Result<Self, String> {
+    fn start_once(bin_dir: &Path, options: &Options) -> Result<Self, String> {
         let began = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
@@ -147,6 +200,7 @@ impl ControlPlane {
             server_url: server_url.clone(),
             ca_der: pki.ca_der.clone(),
             kubeconfig: kubeconfig.clone(),
+            crd_files: options.crd_files.clone(),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -223,16 +277,7 @@ impl ControlPlane {
 
     /// Client configuration for the admin user (`system:masters`).
     pub fn config(&self) -> kube::Config {
-        let mut config = kube::Config::new(
-            self.server_url
-                .parse()
-                .expect("the server URL is a valid URI"),
-        );
-        config.root_cert = Some(vec![self.ca_der.clone()]);
-        config.auth_info.client_certificate = Some(path_string(&self.dir().join("admin.crt")));
-        config.auth_info.client_key = Some(path_string(&self.dir().join("admin.key")));
-        config.default_namespace = "default".into();
-        config
+        admin_config(&self.server_url, &self.ca_der, self.dir())
     }
 
     /// Client configuration that authenticates as admin and impersonates
@@ -315,6 +360,14 @@ impl ControlPlane {
         name
     }
 
+    /// Applies CRDs now and waits until they are Established (see
+    /// [`apply_crds`]). kube-controller-manager's garbage collector learns
+    /// types added after it started within 30 seconds; prefer
+    /// [`Options::crd_files`] when a test depends on garbage collection.
+    pub async fn install_crds(&self, files: &[PathBuf]) -> Result<Vec<String>, String> {
+        apply_crds(self.client(), files).await
+    }
+
     /// Stops kube-controller-manager, kube-apiserver and etcd (in that order).
     /// Dropping does the same.
     pub fn stop(&self) {
@@ -334,6 +387,89 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn admin_config(server_url: &str, ca_der: &[u8], dir: &Path) -> kube::Config {
+    let mut config = kube::Config::new(server_url.parse().expect("the server URL is a valid URI"));
+    config.root_cert = Some(vec![ca_der.to_vec()]);
+    config.auth_info.client_certificate = Some(path_string(&dir.join("admin.crt")));
+    config.auth_info.client_key = Some(path_string(&dir.join("admin.key")));
+    config.default_namespace = "default".into();
+    config
+}
+
+/// Applies the CustomResourceDefinitions in `files` (server-side apply,
+/// field manager `testbed`) and waits until each is Established. Returns
+/// their names.
+pub async fn apply_crds(client: kube::Client, files: &[PathBuf]) -> Result<Vec<String>, String> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let mut names = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(document)
+                .map_err(|error| format!("{} is not YAML: {error}", file.display()))?;
+            if value.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition = serde_yaml::from_value(value).map_err(|error| {
+                format!(
+                    "{} holds no CustomResourceDefinition: {error}",
+                    file.display()
+                )
+            })?;
+            let name = crd
+                .metadata
+                .name
+                .clone()
+                .ok_or_else(|| format!("a CRD in {} has no name", file.display()))?;
+            crds.patch(
+                &name,
+                &PatchParams::apply("testbed").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .map_err(|error| format!("cannot apply CRD {name}: {error}"))?;
+            names.push(name);
+        }
+    }
+    for name in &names {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let crd = crds
+                .get(name)
+                .await
+                .map_err(|error| format!("cannot read CRD {name}: {error}"))?;
+            let established = crd
+                .status
+                .and_then(|status| status.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|condition| condition.type_ == "Established" && condition.status == "True");
+            if established {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("CRD {name} not Established after 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(names)
+}
+
+/// [`apply_crds`] on a runtime of its own; call it outside any runtime.
+fn apply_crds_blocking(config: kube::Config, files: &[PathBuf]) -> Result<Vec<String>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot build a Tokio runtime: {error}"))?;
+    runtime.block_on(async {
+        let client = kube::Client::try_from(config)
+            .map_err(|error| format!("cannot build the admin client: {error}"))?;
+        apply_crds(client, files).await
+    })
 }
 
 /// `system:serviceaccount:NAMESPACE:NAME`.
@@ -396,6 +532,12 @@ pub fn bin_dir() -> Result<PathBuf, String> {
     }
 }
 
+impl Plan {
+    fn admin_config(&self) -> kube::Config {
+        admin_config(&self.server_url, &self.ca_der, &self.dir)
+    }
+}
+
 /// Everything the keeper thread needs to start the servers.
 struct Plan {
     bin_dir: PathBuf,
@@ -406,6 +548,7 @@ struct Plan {
     server_url: String,
     ca_der: Vec<u8>,
     kubeconfig: PathBuf,
+    crd_files: Vec<PathBuf>,
 }
 
 type Started = Result<Vec<(&'static str, u32)>, String>;
@@ -491,6 +634,10 @@ fn launch(plan: &Plan, processes: &mut Vec<(&'static str, Supervised)>) -> Resul
     wait_ready(&mut process, plan)?;
     processes.push(("kube-apiserver", process));
 
+    if !plan.crd_files.is_empty() {
+        apply_crds_blocking(plan.admin_config(), &plan.crd_files)?;
+    }
+
     let mut controller_manager = Command::new(plan.bin_dir.join("kube-controller-manager"));
     controller_manager
         .arg("--kubeconfig")
@@ -541,14 +688,7 @@ fn wait_ready(process: &mut Supervised, plan: &Plan) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|error| format!("cannot build a Tokio runtime: {error}"))?;
-    let mut config = kube::Config::new(
-        plan.server_url
-            .parse()
-            .map_err(|error| format!("bad server URL {}: {error}", plan.server_url))?,
-    );
-    config.root_cert = Some(vec![plan.ca_der.clone()]);
-    config.auth_info.client_certificate = Some(path_string(&plan.dir.join("admin.crt")));
-    config.auth_info.client_key = Some(path_string(&plan.dir.join("admin.key")));
+    let mut config = plan.admin_config();
     config.connect_timeout = Some(Duration::from_secs(2));
     config.read_timeout = Some(Duration::from_secs(5));
     let client = runtime

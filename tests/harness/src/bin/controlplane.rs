@@ -5,23 +5,25 @@
 //! then stops everything and removes its directory.
 //!
 //! `--kubeconfig PATH` also writes the admin kubeconfig to PATH (removed
-//! again on exit), for scripts that want a fixed location.
+//! again on exit), for scripts that want a fixed location. `--crd FILE`
+//! (repeatable) installs CustomResourceDefinitions before
+//! kube-controller-manager starts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use testbed::controlplane::{CONTROLLERS, ControlPlane, KUBERNETES_VERSION};
+use testbed::controlplane::{CONTROLLERS, ControlPlane, KUBERNETES_VERSION, Options};
 
 fn main() -> ExitCode {
-    let kubeconfig_copy = match parse_args() {
-        Ok(path) => path,
+    let (kubeconfig_copy, options) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::from(2);
         }
     };
     eprintln!("starting etcd, kube-apiserver {KUBERNETES_VERSION} and kube-controller-manager ...");
-    let control_plane = match ControlPlane::start() {
+    let control_plane = match ControlPlane::start_with(&options) {
         Ok(control_plane) => control_plane,
         Err(error) => {
             eprintln!("the control plane did not start: {error}");
@@ -43,6 +45,9 @@ fn main() -> ExitCode {
         control_plane.server_url()
     );
     println!("  controllers: {CONTROLLERS}");
+    for crd in &options.crd_files {
+        println!("  CRDs from {}", crd.display());
+    }
     println!(
         "  logs, certificates and etcd data: {}",
         control_plane.dir().display()
@@ -79,18 +84,22 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn parse_args() -> Result<Option<PathBuf>, String> {
-    let usage = "usage: controlplane [--kubeconfig PATH]";
+fn parse_args() -> Result<(Option<PathBuf>, Options), String> {
+    let usage = "usage: controlplane [--kubeconfig PATH] [--crd FILE]...";
     let mut args = std::env::args().skip(1);
     let mut kubeconfig = None;
+    let mut options = Options::default();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--kubeconfig" => {
                 kubeconfig = Some(PathBuf::from(args.next().ok_or(usage)?));
             }
+            "--crd" => options
+                .crd_files
+                .push(PathBuf::from(args.next().ok_or(usage)?)),
             "-h" | "--help" => return Err(usage.into()),
             other => return Err(format!("unexpected argument {other:?}; {usage}")),
         }
     }
-    Ok(kubeconfig)
+    Ok((kubeconfig, options))
 }
