@@ -40,7 +40,14 @@ demo: deps
 	  --operator "$${CARGO_TARGET_DIR:-target}/debug/okta-token-operator"
 
 test: deps
+	node --test tests/oauth-server/test/
 	$(CARGO) test --workspace --all-targets --locked -- --test-threads=4
+
+## crd: regenerate crds/ (and deploy/crd/'s copy, which kustomize needs inside deploy/) from the Rust types.
+CRD_FILE := oktaservicetokens.okta-token-operator.dev.yaml
+crd:
+	$(CARGO) run --locked --quiet --bin okta-token-operator -- crd > crds/$(CRD_FILE)
+	cp crds/$(CRD_FILE) deploy/crd/$(CRD_FILE)
 
 lint:
 	$(CARGO) fmt --all --check

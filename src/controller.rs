@@ -169,7 +169,7 @@ fn time(at: SystemTime) -> Option<Time> {
 }
 
 fn system_time(at: &Option<Time>) -> Option<SystemTime> {
-    at.as_ref().and_then(|t| SystemTime::try_from(t.0).ok())
+    at.as_ref().map(|t| SystemTime::from(t.0))
 }
 
 fn jitter() -> f64 {
@@ -191,7 +191,7 @@ fn condition(
         .filter(|p| p.status == status)
         .map(|p| p.last_transition_time.clone())
         .or_else(|| time(now))
-        .unwrap_or_else(|| Time(jiff::Timestamp::UNIX_EPOCH));
+        .unwrap_or(Time(jiff::Timestamp::UNIX_EPOCH));
     Condition {
         type_: type_.to_owned(),
         status,
@@ -414,14 +414,18 @@ async fn reconcile_inner(token: &OktaServiceToken, ctx: &Context) -> Result<Acti
             let failures = if spec_changed {
                 1
             } else {
-                old_status.failure_count.unwrap_or(0).saturating_add(1)
+                old_status
+                    .failure_count
+                    .and_then(|count| u32::try_from(count).ok())
+                    .unwrap_or(0)
+                    .saturating_add(1)
             };
             let next_attempt = schedule::next_attempt(now, failures, kind, valid_until, jitter());
             let mut status = old_status.clone();
             status.observed_generation = generation;
             status.secret_name = Some(resolved.secret_name.clone());
             status.token_url = Some(resolved.mint.token_url.clone());
-            status.failure_count = Some(failures);
+            status.failure_count = Some(i32::try_from(failures).unwrap_or(i32::MAX));
             status.last_failure_time = time(now);
             status.next_attempt_time = time(next_attempt);
             let ready = match valid_until {

@@ -44,6 +44,8 @@ const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// A machine-to-machine Okta access token, kept fresh in a Secret.
+// Each printcolumn repeats `type_`; clippy mistakes that for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "okta-token-operator.dev",
@@ -204,7 +206,7 @@ pub struct OktaServiceTokenStatus {
     pub last_refresh_time: Option<Time>,
     /// Failed attempts since the last success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_count: Option<u32>,
+    pub failure_count: Option<i32>,
     /// When the last attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,

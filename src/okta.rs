@@ -165,7 +165,7 @@ pub fn parse_retry_at(headers: &RateLimitHeaders<'_>, now: SystemTime) -> Option
     // RFC 9110 IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT".
     jiff::fmt::rfc2822::parse(retry_after)
         .ok()
-        .and_then(|zoned| SystemTime::try_from(zoned.timestamp()).ok())
+        .map(|zoned| SystemTime::from(zoned.timestamp()))
 }
 
 /// Interprets a token endpoint response.

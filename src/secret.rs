@@ -70,7 +70,7 @@ fn stored_token(meta: &ObjectMeta) -> Option<StoredToken> {
             .get(key)?
             .parse::<jiff::Timestamp>()
             .ok()
-            .and_then(|at| SystemTime::try_from(at).ok())
+            .map(SystemTime::from)
     };
     Some(StoredToken {
         input_hash: annotations.get(ANNOTATION_INPUT_HASH)?.clone(),

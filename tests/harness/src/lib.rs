@@ -4,6 +4,7 @@
 //! until it answers. Every process is stopped when its guard is dropped.
 
 pub mod controlplane;
-pub mod process;
 pub mod moto;
 pub mod oauth_server;
+pub mod operator;
+pub mod process;

@@ -30,8 +30,9 @@ impl Moto {
         command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .current_dir(dir.path());
-        let mut process = Supervised::spawn("moto_server", command, &dir.path().join("moto.log"))
-            .map_err(|e| format!("{e} (run `make python-deps` to install moto[server])"))?;
+        let mut process =
+            Supervised::spawn("moto_server", command, &dir.path().join("moto.log"))
+                .map_err(|e| format!("{e} (run `make python-deps` to install moto[server])"))?;
         wait_until("moto_server", Duration::from_secs(60), || {
             port_open(port) || process.ensure_running().is_err()
         })?;
@@ -67,13 +68,20 @@ impl Moto {
 
     /// An SDK configuration that talks to this emulator.
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
-        let credentials =
-            aws_sdk_kms::config::Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None, "moto");
+        let credentials = aws_sdk_kms::config::Credentials::new(
+            ACCESS_KEY_ID,
+            SECRET_ACCESS_KEY,
+            None,
+            None,
+            "moto",
+        );
         aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(REGION))
             .endpoint_url(self.endpoint())
-            .credentials_provider(aws_sdk_kms::config::SharedCredentialsProvider::new(credentials))
+            .credentials_provider(aws_sdk_kms::config::SharedCredentialsProvider::new(
+                credentials,
+            ))
             .build()
     }
 
@@ -92,7 +100,12 @@ impl Moto {
             .description("okta-token-operator test key")
             .send()
             .await
-            .map_err(|e| format!("CreateKey {key_spec}: {}", aws_sdk_kms::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                format!(
+                    "CreateKey {key_spec}: {}",
+                    aws_sdk_kms::error::DisplayErrorContext(e)
+                )
+            })?;
         output
             .key_metadata()
             .and_then(|metadata| metadata.arn())

@@ -154,7 +154,11 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `probe` until it returns true, or fails after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) -> Result<(), String> {
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
         if probe() {
