@@ -32,7 +32,7 @@ use crate::kms::KeyRef;
 use crate::mint::{MintError, MintSpec, Minted, Minter};
 use crate::okta::TokenError;
 use crate::schedule::{self, FailureKind};
-use crate::secret::{self, SecretState, StoredToken};
+use crate::secret::{self, SecretState};
 
 /// How long a configuration problem outside the spec (a foreign Secret) waits
 /// before it is looked at again; spec changes are seen at once anyway.
@@ -278,9 +278,8 @@ async fn reconcile_inner(token: &OktaServiceToken, ctx: &Context) -> Result<Acti
         SecretState::Missing => None,
     };
 
-    let seed = |stored: &StoredToken| {
-        let issued = stored
-            .issued_at
+    let seed = |issued_at: SystemTime| {
+        let issued = issued_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
@@ -291,8 +290,12 @@ async fn reconcile_inner(token: &OktaServiceToken, ctx: &Context) -> Result<Acti
         .as_ref()
         .filter(|s| s.input_hash == resolved.input_hash && now < s.expires_at)
         .map(|s| {
-            let renew_at =
-                schedule::renew_at(s.issued_at, s.expires_at, resolved.renew_before, seed(s));
+            let renew_at = schedule::renew_at(
+                s.issued_at,
+                s.expires_at,
+                resolved.renew_before,
+                seed(s.issued_at),
+            );
             (s.clone(), renew_at)
         });
 
@@ -307,7 +310,11 @@ async fn reconcile_inner(token: &OktaServiceToken, ctx: &Context) -> Result<Acti
         status.token_url = Some(resolved.mint.token_url.clone());
         status.expires_at = time(stored.expires_at);
         status.renew_at = time(*renew_at);
-        status.last_refresh_time = status.last_refresh_time.or_else(|| time(stored.issued_at));
+        status.last_refresh_time = time(stored.issued_at);
+        // From the Secret, not from the (possibly stale) cached status.
+        status.fingerprint = stored.fingerprint.clone();
+        status.kid = stored.kid.clone();
+        status.algorithm = stored.algorithm.clone();
         status.failure_count = None;
         status.last_failure_time = None;
         status.next_attempt_time = None;
@@ -358,27 +365,19 @@ async fn reconcile_inner(token: &OktaServiceToken, ctx: &Context) -> Result<Acti
 
     match ctx.minter.mint(&resolved.mint).await {
         Ok(minted) => {
-            let secret = secret::desired_secret(
-                token,
-                &resolved.secret_name,
-                &minted.token,
-                &resolved.input_hash,
-            );
+            let secret =
+                secret::desired_secret(token, &resolved.secret_name, &minted, &resolved.input_hash);
             secret::apply(&secrets, &secret).await?;
-            let stored = StoredToken {
-                input_hash: resolved.input_hash.clone(),
-                issued_at: minted.token.received_at,
-                expires_at: minted.token.expires_at(),
-            };
+            let (issued_at, expires_at) = (minted.token.received_at, minted.token.expires_at());
             let renew_at = schedule::renew_at(
-                stored.issued_at,
-                stored.expires_at,
+                issued_at,
+                expires_at,
                 resolved.renew_before,
-                seed(&stored),
+                seed(issued_at),
             );
             tracing::info!(
                 fingerprint = %minted.token.access_token.fingerprint(),
-                expires_at = %secret::rfc3339(stored.expires_at),
+                expires_at = %secret::rfc3339(expires_at),
                 renew_at = %secret::rfc3339(renew_at),
                 "issued a token"
             );
@@ -392,7 +391,7 @@ async fn reconcile_inner(token: &OktaServiceToken, ctx: &Context) -> Result<Acti
                     "Issued a token ({}) for Secret {}, valid until {}",
                     minted.token.access_token.fingerprint(),
                     resolved.secret_name,
-                    secret::rfc3339(stored.expires_at)
+                    secret::rfc3339(expires_at)
                 ),
             )
             .await;
@@ -400,7 +399,7 @@ async fn reconcile_inner(token: &OktaServiceToken, ctx: &Context) -> Result<Acti
                 ready: (
                     true,
                     reason::TOKEN_ISSUED,
-                    format!("Token valid until {}", secret::rfc3339(stored.expires_at)),
+                    format!("Token valid until {}", secret::rfc3339(expires_at)),
                 ),
                 renewal_failing: None,
             };

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeyUsageType, MessageType, SigningAlgorithmSpec};
 
@@ -111,33 +111,27 @@ impl KmsError {
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        match &error {
-            SdkError::ServiceError(context) => {
-                let code = context.err().code().unwrap_or("Unknown").to_owned();
-                let message = context.err().message().unwrap_or_default().to_owned();
-                classify(code, message)
-            }
+        if let SdkError::ServiceError(context) = &error {
+            let code = context.err().code().unwrap_or("Unknown").to_owned();
+            let message = context.err().message().unwrap_or_default().to_owned();
+            return classify(code, message);
+        }
+        // The SDK's own Debug output is pages long: keep the Display chain, on one line.
+        let text = crate::okta::error_chain(&error)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if text.to_ascii_lowercase().contains("credentials") {
+            return KmsError::Credentials(text);
+        }
+        match error {
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => {
-                let text = DisplayErrorContext(&error).to_string();
-                if text.to_ascii_lowercase().contains("credentials") {
-                    KmsError::Credentials(text)
-                } else {
-                    KmsError::Unreachable(text)
-                }
-            }
-            _ => {
-                let text = DisplayErrorContext(&error).to_string();
-                if text.to_ascii_lowercase().contains("credentials") {
-                    KmsError::Credentials(text)
-                } else {
-                    KmsError::Refused {
-                        code: "ClientError".into(),
-                        message: text,
-                    }
-                }
-            }
+            | SdkError::ResponseError(_) => KmsError::Unreachable(text),
+            _ => KmsError::Refused {
+                code: "ClientError".into(),
+                message: text,
+            },
         }
     }
 }

@@ -10,7 +10,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::crd::{OPERATOR_NAME, OktaServiceToken};
-use crate::okta::IssuedToken;
+use crate::mint::Minted;
 
 pub const KEY_ACCESS_TOKEN: &str = "access_token";
 pub const KEY_TOKEN_TYPE: &str = "token_type";
@@ -21,6 +21,9 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const ANNOTATION_INPUT_HASH: &str = "okta-token-operator.dev/input-hash";
 pub const ANNOTATION_ISSUED_AT: &str = "okta-token-operator.dev/issued-at";
 pub const ANNOTATION_EXPIRES_AT: &str = "okta-token-operator.dev/expires-at";
+pub const ANNOTATION_FINGERPRINT: &str = "okta-token-operator.dev/fingerprint";
+pub const ANNOTATION_KID: &str = "okta-token-operator.dev/kid";
+pub const ANNOTATION_ALGORITHM: &str = "okta-token-operator.dev/algorithm";
 
 /// What the operator knows about a token from its Secret's metadata alone,
 /// so deciding whether to renew never needs the token itself.
@@ -29,6 +32,10 @@ pub struct StoredToken {
     pub input_hash: String,
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
+    /// How the token was obtained, so status can be rebuilt from the Secret alone.
+    pub fingerprint: Option<String>,
+    pub kid: Option<String>,
+    pub algorithm: Option<String>,
 }
 
 /// Who the Secret of the target name belongs to.
@@ -76,6 +83,9 @@ fn stored_token(meta: &ObjectMeta) -> Option<StoredToken> {
         input_hash: annotations.get(ANNOTATION_INPUT_HASH)?.clone(),
         issued_at: time(ANNOTATION_ISSUED_AT)?,
         expires_at: time(ANNOTATION_EXPIRES_AT)?,
+        fingerprint: annotations.get(ANNOTATION_FINGERPRINT).cloned(),
+        kid: annotations.get(ANNOTATION_KID).cloned(),
+        algorithm: annotations.get(ANNOTATION_ALGORITHM).cloned(),
     })
 }
 
@@ -90,9 +100,10 @@ pub fn rfc3339(time: SystemTime) -> String {
 pub fn desired_secret(
     owner: &OktaServiceToken,
     secret_name: &str,
-    token: &IssuedToken,
+    minted: &Minted,
     input_hash: &str,
 ) -> Secret {
+    let token = &minted.token;
     let expires_at = rfc3339(token.expires_at());
     let data = BTreeMap::from([
         (
@@ -124,6 +135,15 @@ pub fn desired_secret(
                 (ANNOTATION_INPUT_HASH.to_owned(), input_hash.to_owned()),
                 (ANNOTATION_ISSUED_AT.to_owned(), rfc3339(token.received_at)),
                 (ANNOTATION_EXPIRES_AT.to_owned(), expires_at),
+                (
+                    ANNOTATION_FINGERPRINT.to_owned(),
+                    token.access_token.fingerprint(),
+                ),
+                (ANNOTATION_KID.to_owned(), minted.kid.clone()),
+                (
+                    ANNOTATION_ALGORITHM.to_owned(),
+                    minted.algorithm.as_str().to_owned(),
+                ),
             ])),
             owner_references: Some(vec![controller_reference(owner)]),
             ..ObjectMeta::default()
@@ -165,7 +185,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::crd::{OktaServiceTokenSpec, SigningKeySpec};
-    use crate::okta::AccessToken;
+    use crate::okta::{AccessToken, IssuedToken};
 
     fn owner() -> OktaServiceToken {
         let mut owner = OktaServiceToken::new(
@@ -201,9 +221,17 @@ mod tests {
         }
     }
 
+    fn minted() -> Minted {
+        Minted {
+            token: token(),
+            kid: "kid-1".into(),
+            algorithm: crate::assertion::Algorithm::Es256,
+        }
+    }
+
     #[test]
     fn secret_holds_the_token_and_is_controlled_by_its_resource() {
-        let secret = desired_secret(&owner(), "okta-api", &token(), "hash-1");
+        let secret = desired_secret(&owner(), "okta-api", &minted(), "hash-1");
         let data = secret.data.as_ref().expect("data");
         assert_eq!(data[KEY_ACCESS_TOKEN].0, b"the-token");
         assert_eq!(data[KEY_TOKEN_TYPE].0, b"Bearer");
@@ -223,13 +251,16 @@ mod tests {
                 input_hash: "hash-1".into(),
                 issued_at: token().received_at,
                 expires_at: token().expires_at(),
+                fingerprint: Some(token().access_token.fingerprint()),
+                kid: Some("kid-1".into()),
+                algorithm: Some("ES256".into()),
             }))
         );
     }
 
     #[test]
     fn a_secret_controlled_by_anything_else_is_foreign() {
-        let secret = desired_secret(&owner(), "okta-api", &token(), "hash-1");
+        let secret = desired_secret(&owner(), "okta-api", &minted(), "hash-1");
         assert!(matches!(
             secret_state(Some(&secret.metadata), "another-uid"),
             SecretState::Foreign { .. }
@@ -247,7 +278,7 @@ mod tests {
 
     #[test]
     fn hand_edited_annotations_mean_no_usable_token() {
-        let mut secret = desired_secret(&owner(), "okta-api", &token(), "hash-1");
+        let mut secret = desired_secret(&owner(), "okta-api", &minted(), "hash-1");
         if let Some(annotations) = secret.metadata.annotations.as_mut() {
             annotations.insert(ANNOTATION_EXPIRES_AT.into(), "tomorrow".into());
         }
