@@ -751,3 +751,102 @@ async fn the_operator_role_allows_nothing_more() {
         "reading its resources is allowed"
     );
 }
+
+#[tokio::test]
+async fn a_configuration_error_backs_off_and_a_spec_fix_retries_at_once() {
+    let scenario = Scenario::new("config", 600).await;
+    let oauth = &shared().oauth;
+    let mut spec = scenario.spec(oauth);
+    spec.scopes = vec!["okta.users.manage".into()];
+    scenario.create("api", spec).await;
+    let rejected = eventually("TokenRequestRejected", Duration::from_secs(30), || async {
+        let token = scenario.token("api").await;
+        (condition(&token, "Ready") == Some(("False".into(), "TokenRequestRejected".into())))
+            .then_some(token)
+    })
+    .await;
+    let message = rejected
+        .status
+        .as_ref()
+        .and_then(|s| s.condition("Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("invalid_scope"), "{message}");
+    let events = scenario.events().await;
+    assert!(
+        events.iter().any(|(kind, reason, note)| kind == "Warning"
+            && reason == "TokenRequestRejected"
+            && note.contains("invalid_scope")),
+        "{events:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        oauth
+            .stats(&scenario.client_id)
+            .expect("stats")
+            .token_requests,
+        1,
+        "a configuration error is not retried in a hot loop"
+    );
+
+    let patch = json!({"spec": {"scopes": [SCOPE]}});
+    scenario
+        .tokens()
+        .patch("api", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("spec fixed");
+    let fixed = wait_ready(&scenario, "api").await;
+    assert_eq!(fixed.status.and_then(|s| s.failure_count), None);
+    assert_eq!(
+        oauth
+            .stats(&scenario.client_id)
+            .expect("stats")
+            .token_requests,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_waits_for_oktas_reset_time() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let oauth =
+        OAuthServer::start_with_state(&state.path().join("state.json")).expect("OAuth server");
+    let scenario = Scenario::with_oauth("ratelimit", 600, &oauth).await;
+    let reset_at = std::time::SystemTime::now() + Duration::from_secs(8);
+    oauth
+        .inject_rate_limit(1, reset_at)
+        .expect("rate limit armed");
+    scenario.create("api", scenario.spec(&oauth)).await;
+    let limited = eventually("RateLimited", Duration::from_secs(30), || async {
+        let token = scenario.token("api").await;
+        (condition(&token, "RenewalFailing") == Some(("True".into(), "RateLimited".into())))
+            .then_some(token)
+    })
+    .await;
+    let next_attempt = limited
+        .status
+        .and_then(|s| s.next_attempt_time)
+        .expect("next attempt time")
+        .0;
+    let reset = jiff::Timestamp::try_from(reset_at).expect("timestamp");
+    assert!(
+        next_attempt
+            >= reset.round(jiff::Unit::Second).unwrap_or(reset)
+                - jiff::SignedDuration::from_secs(1),
+        "waits for the reset: {next_attempt} vs {reset}"
+    );
+    let ready = wait_ready(&scenario, "api").await;
+    assert!(
+        jiff::Timestamp::now() >= reset,
+        "retried before Okta's reset time"
+    );
+    assert!(ready.status.and_then(|s| s.fingerprint).is_some());
+    assert_eq!(
+        oauth
+            .stats(&scenario.client_id)
+            .expect("stats")
+            .token_requests,
+        2,
+        "one limited request, one after the reset"
+    );
+}
