@@ -197,6 +197,11 @@ impl Scenario {
         String::from_utf8(bytes).ok()
     }
 
+    /// Token requests the OAuth server received from this scenario's client.
+    fn token_requests(&self, oauth: &OAuthServer) -> u64 {
+        oauth.stats(&self.client_id).expect("stats").token_requests
+    }
+
     fn restart_operator(&mut self) {
         self.operator.stop();
         self.operator = start_operator(&self.namespace, self.log_dir.path());
@@ -379,13 +384,7 @@ async fn a_new_resource_becomes_ready_with_a_token_the_server_issued() {
             .contains(&access_token),
         "the log never carries the token"
     );
-    assert_eq!(
-        oauth
-            .stats(&scenario.client_id)
-            .expect("stats")
-            .token_requests,
-        1
-    );
+    assert_eq!(scenario.token_requests(oauth), 1);
 }
 
 #[tokio::test]
@@ -437,9 +436,8 @@ async fn short_lived_tokens_are_renewed_before_expiry_with_one_request_each() {
         seen.push(next);
         let status = scenario.token("short").await.status.expect("status");
         expiries.push(status.expires_at.clone().expect("expiry"));
-        let stats = oauth.stats(&scenario.client_id).expect("stats");
         assert_eq!(
-            stats.token_requests as usize,
+            scenario.token_requests(oauth) as usize,
             seen.len(),
             "exactly one token request per renewal\n{}",
             scenario.operator_log()
@@ -458,10 +456,7 @@ async fn a_spec_change_remints_at_once_and_a_restart_mints_nothing() {
     scenario.restart_operator();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        oauth
-            .stats(&scenario.client_id)
-            .expect("stats")
-            .token_requests,
+        scenario.token_requests(oauth),
         1,
         "restart re-minted a fresh token"
     );
@@ -495,13 +490,7 @@ async fn a_spec_change_remints_at_once_and_a_restart_mints_nothing() {
         token.metadata.generation
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        oauth
-            .stats(&scenario.client_id)
-            .expect("stats")
-            .token_requests,
-        2
-    );
+    assert_eq!(scenario.token_requests(oauth), 2);
 }
 
 #[tokio::test]
@@ -611,14 +600,7 @@ async fn a_foreign_secret_is_never_overwritten() {
         scenario.secret_token("okta-token").await.as_deref(),
         Some("someone else's")
     );
-    assert_eq!(
-        shared()
-            .oauth
-            .stats(&scenario.client_id)
-            .expect("stats")
-            .token_requests,
-        0
-    );
+    assert_eq!(scenario.token_requests(&shared().oauth), 0);
     let events = scenario.events().await;
     assert!(
         events
@@ -781,10 +763,7 @@ async fn a_configuration_error_backs_off_and_a_spec_fix_retries_at_once() {
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        oauth
-            .stats(&scenario.client_id)
-            .expect("stats")
-            .token_requests,
+        scenario.token_requests(oauth),
         1,
         "a configuration error is not retried in a hot loop"
     );
@@ -797,13 +776,7 @@ async fn a_configuration_error_backs_off_and_a_spec_fix_retries_at_once() {
         .expect("spec fixed");
     let fixed = wait_ready(&scenario, "api").await;
     assert_eq!(fixed.status.and_then(|s| s.failure_count), None);
-    assert_eq!(
-        oauth
-            .stats(&scenario.client_id)
-            .expect("stats")
-            .token_requests,
-        2
-    );
+    assert_eq!(scenario.token_requests(oauth), 2);
 }
 
 #[tokio::test]
@@ -842,10 +815,7 @@ async fn a_rate_limit_waits_for_oktas_reset_time() {
     );
     assert!(ready.status.and_then(|s| s.fingerprint).is_some());
     assert_eq!(
-        oauth
-            .stats(&scenario.client_id)
-            .expect("stats")
-            .token_requests,
+        scenario.token_requests(&oauth),
         2,
         "one limited request, one after the reset"
     );
