@@ -19,8 +19,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -51,7 +49,7 @@ pub struct OAuthServer {
     dir: tempfile::TempDir,
     state_path: PathBuf,
     port: u16,
-    running: Option<Running>,
+    running: Option<Supervised>,
     http: ureq::Agent,
 }
 
@@ -222,7 +220,7 @@ impl OAuthServer {
     /// Stops the server; the token endpoint refuses connections until
     /// [`restart`](Self::restart). Does nothing when already stopped.
     pub fn stop(&mut self) {
-        if let Some(running) = self.running.take() {
+        if let Some(mut running) = self.running.take() {
             running.stop();
         }
     }
@@ -244,10 +242,10 @@ impl OAuthServer {
         }
     }
 
-    pub fn is_running(&self) -> bool {
+    pub fn is_running(&mut self) -> bool {
         self.running
-            .as_ref()
-            .is_some_and(|running| running.process().ensure_running().is_ok())
+            .as_mut()
+            .is_some_and(|running| running.ensure_running().is_ok())
     }
 
     /// The server's log (stdout and stderr of every run).
@@ -282,7 +280,10 @@ impl OAuthServer {
             .arg("--state")
             .arg(&self.state_path)
             .current_dir(&server_dir);
-        let running = Running::spawn(command, &log_path)?;
+        // Supervised spawns from a long-lived thread, so the server outlives
+        // whichever short-lived thread (a tokio blocking thread) started it.
+        let mut running = Supervised::spawn("oauth-server", command, &log_path)
+            .map_err(|error| format!("{error} (is Node.js 20+ installed?)"))?;
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -291,13 +292,12 @@ impl OAuthServer {
                 self.running = Some(running);
                 return Ok(());
             }
-            let exited = running.process().ensure_running();
-            if let Err(error) = exited {
+            if let Err(error) = running.ensure_running() {
                 running.stop();
                 return Err(error);
             }
             if Instant::now() >= deadline {
-                let tail = running.process().log_tail(40);
+                let tail = running.log_tail(40);
                 running.stop();
                 return Err(format!(
                     "oauth-server printed no `listening` line within {START_TIMEOUT:?}; last log lines:\n{tail}"
@@ -338,66 +338,6 @@ impl Drop for OAuthServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// The server process and the thread that spawned it.
-///
-/// A parent-death signal fires when the *thread* that forked the child exits,
-/// not the process. Spawning from a thread of our own, parked until
-/// [`Running::stop`], keeps the server alive however the caller's threads come
-/// and go (a test may start it from a short-lived tokio blocking thread).
-struct Running {
-    process: Arc<Mutex<Supervised>>,
-    stop: mpsc::Sender<()>,
-    keeper: JoinHandle<()>,
-}
-
-impl Running {
-    fn spawn(command: Command, log_path: &Path) -> Result<Self, String> {
-        let (started_tx, started_rx) = mpsc::channel();
-        let (stop, stop_rx) = mpsc::channel::<()>();
-        let log_path = log_path.to_owned();
-        let keeper = std::thread::Builder::new()
-            .name("oauth-server".into())
-            .spawn(move || {
-                let process = match Supervised::spawn("oauth-server", command, &log_path) {
-                    Ok(process) => Arc::new(Mutex::new(process)),
-                    Err(error) => {
-                        let _ =
-                            started_tx.send(Err(format!("{error} (is Node.js 20+ installed?)")));
-                        return;
-                    }
-                };
-                let _ = started_tx.send(Ok(Arc::clone(&process)));
-                // Returns on a stop message or when the owner is gone.
-                let _ = stop_rx.recv();
-                lock(&process).stop();
-            })
-            .map_err(|error| format!("cannot start a thread for oauth-server: {error}"))?;
-        let process = started_rx
-            .recv()
-            .map_err(|_| "the oauth-server thread died".to_owned())??;
-        Ok(Self {
-            process,
-            stop,
-            keeper,
-        })
-    }
-
-    fn process(&self) -> MutexGuard<'_, Supervised> {
-        lock(&self.process)
-    }
-
-    fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.keeper.join();
-    }
-}
-
-fn lock(process: &Mutex<Supervised>) -> MutexGuard<'_, Supervised> {
-    process
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The port in the first `listening http://127.0.0.1:PORT` line after `start`.

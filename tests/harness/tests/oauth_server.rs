@@ -221,7 +221,7 @@ fn launcher_serves_tokens_counts_them_and_survives_a_restart() {
 
 #[test]
 fn launcher_survives_the_thread_that_started_it() {
-    let server = std::thread::spawn(|| OAuthServer::start().unwrap())
+    let mut server = std::thread::spawn(|| OAuthServer::start().unwrap())
         .join()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
