@@ -243,27 +243,33 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     ))
 }
 
+/// A minimal valid spec for unit tests across modules.
+#[cfg(test)]
+pub(crate) fn example_spec() -> OktaServiceTokenSpec {
+    OktaServiceTokenSpec {
+        org_url: Some("https://example.okta.com/".into()),
+        authorization_server_id: None,
+        token_url: None,
+        client_id: "0oa1".into(),
+        scopes: vec!["okta.users.read".into()],
+        signing_key: SigningKeySpec {
+            kms_key_id: "arn:aws:kms:eu-west-1:1:key/k".into(),
+            region: None,
+            algorithm: None,
+            kid: None,
+        },
+        secret_name: None,
+        renew_before: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use kube::Resource as _;
 
     fn spec() -> OktaServiceTokenSpec {
-        OktaServiceTokenSpec {
-            org_url: Some("https://example.okta.com/".into()),
-            authorization_server_id: None,
-            token_url: None,
-            client_id: "0oa1".into(),
-            scopes: vec!["okta.users.read".into()],
-            signing_key: SigningKeySpec {
-                kms_key_id: "arn:aws:kms:eu-west-1:1:key/k".into(),
-                region: None,
-                algorithm: None,
-                kid: None,
-            },
-            secret_name: None,
-            renew_before: None,
-        }
+        example_spec()
     }
 
     #[test]

@@ -184,28 +184,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    use crate::crd::{OktaServiceTokenSpec, SigningKeySpec};
     use crate::okta::{AccessToken, IssuedToken};
 
     fn owner() -> OktaServiceToken {
-        let mut owner = OktaServiceToken::new(
-            "api-token",
-            OktaServiceTokenSpec {
-                org_url: Some("https://example.okta.com".into()),
-                authorization_server_id: None,
-                token_url: None,
-                client_id: "0oa1".into(),
-                scopes: vec!["okta.users.read".into()],
-                signing_key: SigningKeySpec {
-                    kms_key_id: "arn:aws:kms:eu-west-1:1:key/k".into(),
-                    region: None,
-                    algorithm: None,
-                    kid: None,
-                },
-                secret_name: None,
-                renew_before: None,
-            },
-        );
+        let mut owner = OktaServiceToken::new("api-token", crate::crd::example_spec());
         owner.metadata.namespace = Some("team-a".into());
         owner.metadata.uid = Some("uid-1".into());
         owner
