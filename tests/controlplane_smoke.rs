@@ -16,6 +16,7 @@ use kube::api::{
 };
 use serde_json::json;
 use testbed::controlplane::{ControlPlane, KUBERNETES_VERSION, service_account_user, unique_name};
+use testbed::eventually;
 
 /// The Kubernetes minor k8s-openapi is compiled for (its `v1_*` feature).
 fn compiled_openapi_minor() -> &'static str {
@@ -47,22 +48,6 @@ fn status_code(error: &kube::Error) -> Option<u16> {
     match error {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
-    }
-}
-
-/// Polls `check` every 250 ms until it returns `Some`, or panics after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

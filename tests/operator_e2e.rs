@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -15,6 +15,7 @@ use kube::{Api, Client};
 use okta_token_operator::crd::{OktaServiceToken, OktaServiceTokenSpec, SigningKeySpec};
 use serde_json::{Value, json};
 use testbed::controlplane::{ControlPlane, Options, service_account_user};
+use testbed::eventually;
 use testbed::moto::Moto;
 use testbed::oauth_server::OAuthServer;
 use testbed::operator::{OperatorOptions, OperatorProcess};
@@ -248,22 +249,6 @@ fn condition(token: &OktaServiceToken, type_: &str) -> Option<(String, String)> 
         .as_ref()?
         .condition(type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-/// Polls `check` every 250 ms until it returns `Some`, or panics after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 async fn wait_ready(scenario: &Scenario, name: &str) -> OktaServiceToken {
