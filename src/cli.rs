@@ -168,10 +168,7 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
     let client = kube::Client::try_default()
         .await
         .map_err(CliError::KubeConfig)?;
-    let minter = Minter::new(
-        Arc::new(KmsSigner::from_environment().await),
-        TokenClient::new(&TokenClientConfig::default())?,
-    );
+    let minter = minter_from_environment().await?;
     let reporter = kube::runtime::events::Reporter {
         controller: crate::crd::OPERATOR_NAME.to_owned(),
         instance: pod_name,
@@ -223,6 +220,14 @@ async fn shutdown_signal() {
     }
 }
 
+/// KMS through the AWS default credential chain, and the token client.
+async fn minter_from_environment() -> Result<Minter, CliError> {
+    Ok(Minter::new(
+        Arc::new(KmsSigner::from_environment().await),
+        TokenClient::new(&TokenClientConfig::default())?,
+    ))
+}
+
 async fn jwk(args: JwkArgs) -> Result<(), CliError> {
     let kms = KmsSigner::from_environment().await;
     let signing_key = kms.signing_key(&args.key.key(), args.key.algorithm).await?;
@@ -238,10 +243,7 @@ async fn mint(args: MintArgs) -> Result<(), CliError> {
         kid,
         show_token,
     } = args;
-    let minter = Minter::new(
-        Arc::new(KmsSigner::from_environment().await),
-        TokenClient::new(&TokenClientConfig::default())?,
-    );
+    let minter = minter_from_environment().await?;
     let spec = MintSpec {
         client_id,
         token_url,
