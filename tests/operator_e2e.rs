@@ -450,6 +450,25 @@ async fn a_spec_change_remints_at_once_and_a_restart_mints_nothing() {
         Some(first.as_str())
     );
 
+    // Someone labels the Secret and the resource: events, not reasons to mint.
+    let label = json!({"metadata": {"labels": {"team": "a"}}});
+    scenario
+        .secrets()
+        .patch("okta-token", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("Secret labelled");
+    scenario
+        .tokens()
+        .patch("api", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("resource labelled");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        scenario.token_requests(oauth),
+        1,
+        "a Secret or metadata event minted a token"
+    );
+
     let patch = json!({"spec": {"scopes": [SCOPE, "okta.groups.read"]}});
     scenario
         .tokens()
