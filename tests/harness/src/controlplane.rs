@@ -593,9 +593,7 @@ fn launch(plan: &Plan, processes: &mut Vec<(&'static str, Supervised)>) -> Resul
     let mut process = Supervised::spawn("etcd", etcd, &dir.join("etcd.log"))
         .map_err(|error| error.to_string())?;
     let etcd_port = plan.etcd_port;
-    wait_for(&mut process, "etcd /health", ETCD_TIMEOUT, || {
-        etcd_healthy(etcd_port)
-    })?;
+    process.wait_until_ready("etcd /health", ETCD_TIMEOUT, || etcd_healthy(etcd_port))?;
     processes.push(("etcd", process));
 
     let mut apiserver = Command::new(plan.bin_dir.join("kube-apiserver"));
@@ -625,12 +623,9 @@ fn launch(plan: &Plan, processes: &mut Vec<(&'static str, Supervised)>) -> Resul
     let mut process =
         Supervised::spawn("kube-apiserver", apiserver, &dir.join("kube-apiserver.log"))
             .map_err(|error| error.to_string())?;
-    wait_for(
-        &mut process,
-        "kube-apiserver port",
-        Duration::from_secs(30),
-        || port_open(plan.api_port),
-    )?;
+    process.wait_until_ready("kube-apiserver port", Duration::from_secs(30), || {
+        port_open(plan.api_port)
+    })?;
     wait_ready(&mut process, plan)?;
     processes.push(("kube-apiserver", process));
 
@@ -656,29 +651,6 @@ fn launch(plan: &Plan, processes: &mut Vec<(&'static str, Supervised)>) -> Resul
     process.ensure_running()?;
     processes.push(("kube-controller-manager", process));
     Ok(())
-}
-
-/// Polls `probe` while checking that `process` is still alive.
-fn wait_for(
-    process: &mut Supervised,
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> bool,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        process.ensure_running()?;
-        if probe() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{what} not ready after {timeout:?}; last log lines:\n{}",
-                process.log_tail(40)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until kube-apiserver's `/readyz` answers `ok` to the admin client:

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{Supervised, free_port, port_open, wait_until};
+use crate::process::{Supervised, free_port, port_open};
 
 pub const REGION: &str = "us-east-1";
 const ACCESS_KEY_ID: &str = "testing";
@@ -33,10 +33,7 @@ impl Moto {
         let mut process =
             Supervised::spawn("moto_server", command, &dir.path().join("moto.log"))
                 .map_err(|e| format!("{e} (run `make python-deps` to install moto[server])"))?;
-        wait_until("moto_server", Duration::from_secs(60), || {
-            port_open(port) || process.ensure_running().is_err()
-        })?;
-        process.ensure_running()?;
+        process.wait_until_ready("moto_server", Duration::from_secs(60), || port_open(port))?;
         Ok(Self {
             port,
             _dir: dir,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{Supervised, free_port, wait_until};
+use crate::process::{Supervised, free_port};
 
 /// A running `okta-token-operator run`.
 pub struct OperatorProcess {
@@ -46,11 +46,9 @@ impl OperatorProcess {
         }
         let mut process = Supervised::spawn("okta-token-operator", command, &options.log_path)
             .map_err(|e| e.to_string())?;
-        let ready = wait_until("the operator's /readyz", Duration::from_secs(60), || {
-            process.ensure_running().is_err() || probe(probe_port, "/readyz") == Some(200)
-        });
-        process.ensure_running()?;
-        ready.map_err(|e| format!("{e}; last log lines:\n{}", process.log_tail(30)))?;
+        process.wait_until_ready("the operator's /readyz", Duration::from_secs(60), || {
+            probe(probe_port, "/readyz") == Some(200)
+        })?;
         Ok(Self {
             process,
             probe_port,

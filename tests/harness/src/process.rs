@@ -69,6 +69,30 @@ impl Supervised {
         }
     }
 
+    /// Polls `probe` until it returns true. Fails at once if the process
+    /// exits, and after `timeout` with the last lines of its log.
+    pub fn wait_until_ready(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> bool,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.ensure_running()?;
+            if probe() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{what} not ready after {timeout:?}; last log lines:\n{}",
+                    self.log_tail(40)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops the process: SIGTERM, then SIGKILL if it has not exited in time.
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
@@ -151,24 +175,6 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("no free loopback port")
-}
-
-/// Polls `probe` until it returns true, or fails after `timeout`.
-pub fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> bool,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if probe() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("{what} not ready after {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// True when something accepts TCP connections on the loopback port.
